@@ -213,7 +213,8 @@ class Store:
             else:
                 self._check_version()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open {self.path} as an lba store: {exc}") from None
+            hint = "" if readonly else "; pass --db or set $LBA_DB to a writable file"
+            raise StoreError(f"cannot open {self.path} as an lba store: {exc}{hint}") from None
 
     def _set_wal(self) -> None:
         mode = self.db.execute("PRAGMA journal_mode").fetchone()[0]

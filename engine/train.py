@@ -1,0 +1,294 @@
+"""Training one run: the loop, the per-epoch Lipschitz monitor, the attacks, the store.
+
+The step reads top to bottom: forward, cross-entropy, the regularizer's penalty (for lba, one
+drawn layer weighted by its spectral norm), backward, step. The data stays on the device as
+whole tensors; an epoch is a permutation and slices of it, with no per-sample Python work.
+Metrics are accumulated on the device and read once per epoch, so a GPU is not synced per step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from engine import __version__
+from engine.attacks import fgsm, pgd
+from engine.data import Dataset
+from engine.errors import LbaError, StudyError
+from engine.lipschitz import layer_sigmas, log10_bounds
+from engine.models import build_model
+from engine.regularizers import RegularizerSpec, make_regularizer
+from engine.store import Store
+from engine.study import attack_plan
+
+log = logging.getLogger("lba")
+
+
+class Diverged(LbaError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class EpochReport:
+    """What the progress display needs after each epoch."""
+
+    run_id: int
+    epoch: int
+    epochs: int
+    metrics: dict
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; anything else must be available here."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise StudyError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StudyError(f"device {name!r} asked for, but this machine has no CUDA GPU")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise StudyError(f"device {name!r} asked for, but MPS is not available here")
+    return device
+
+
+def versions() -> dict:
+    """The software a run was made with, stored beside its results."""
+    return {
+        "lba": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def build_for(config: dict, data: Dataset) -> torch.nn.Module:
+    """The model a run config asks for, initialised from the run's seed."""
+    model_cfg, method = config["model"], config["method"]
+    torch.manual_seed(config["train"]["seed"])
+    dropout = float(method.get("p", 0.2)) if method["name"] == "dropout" else 0.0
+    return build_model(
+        model_cfg["arch"],
+        data.input_shape,
+        data.num_classes,
+        width=model_cfg["width"],
+        depth=model_cfg["depth"],
+        filters=model_cfg["filters"],
+        dropout=dropout,
+        init=model_cfg["init"],
+        mean=data.mean,
+        std=data.std,
+    )
+
+
+def regularizer_spec(config: dict) -> RegularizerSpec:
+    """The regularizer settings of a run config (method defaults, then the study's values)."""
+    method = dict(config["method"])
+    name = method.pop("name")
+    return RegularizerSpec.for_method(name, **method)
+
+
+@torch.no_grad()
+def accuracy(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy in eval mode, batched; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), device=x.device)
+    loss = torch.zeros((), device=x.device)
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        correct += (logits.argmax(1) == target).sum()
+        loss += F.cross_entropy(logits, target, reduction="sum")
+    model.train(was_training)
+    return correct.item() / len(x), loss.item() / len(x)
+
+
+def run_attacks(model: torch.nn.Module, data: Dataset, config: dict) -> dict[str, list[dict]]:
+    """Every attack of the run's protocols on its test set, as store rows per protocol."""
+    results: dict[str, list[dict]] = {}
+    for protocol, plan in attack_plan(config).items():
+        n = plan["n"] or len(data.x_test)
+        x, y = data.x_test[:n], data.y_test[:n]
+        rows = [fgsm(model, x, y, 0.0, protocol=protocol)]
+        rows[0].attack = "clean"
+        rows += [fgsm(model, x, y, float(eps), protocol=protocol) for eps in plan["fgsm_eps"]]
+        if plan["pgd"]:
+            p = plan["pgd"]
+            generator = torch.Generator(device=x.device).manual_seed(config["train"]["seed"])
+            rows.append(
+                pgd(
+                    model,
+                    x,
+                    y,
+                    float(p["eps"]),
+                    steps=int(p["steps"]),
+                    step_size=float(p["step_size"]),
+                    random_start=bool(p.get("random_start", False)),
+                    restarts=int(p.get("restarts", 1)),
+                    protocol=protocol,
+                    generator=generator,
+                )
+            )
+        results[protocol] = [vars(r) for r in rows]
+    return results
+
+
+def train_run(
+    store: Store,
+    run_id: int,
+    config: dict,
+    data: Dataset,
+    device: torch.device,
+    *,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> dict:
+    """Train one stored run to the end, writing every epoch and the attacks to the store.
+
+    The run is marked ``running`` first. A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into
+    one by the command line) marks it ``interrupted`` with every finished epoch kept; a NaN or
+    infinite loss marks it ``failed`` with the reason; both are then re-raised.
+
+    Returns:
+        The last epoch's metrics.
+    """
+    train_cfg = config["train"]
+    seed = train_cfg["seed"]
+    store.start_run(run_id, device=str(device), versions=versions())
+    started = time.perf_counter()
+    try:
+        metrics = _train(store, run_id, config, data, device, on_epoch)
+    except KeyboardInterrupt:
+        store.finish_run(
+            run_id,
+            "interrupted",
+            error="stopped by the user",
+            seconds=time.perf_counter() - started,
+        )
+        raise
+    except Diverged as exc:
+        store.finish_run(run_id, "failed", error=str(exc), seconds=time.perf_counter() - started)
+        raise
+    except Exception as exc:
+        store.finish_run(
+            run_id,
+            "failed",
+            error=f"{type(exc).__name__}: {exc}",
+            seconds=time.perf_counter() - started,
+        )
+        raise
+    store.finish_run(run_id, "done", seconds=time.perf_counter() - started)
+    log.info("run %d (seed %d) done in %.1f s", run_id, seed, time.perf_counter() - started)
+    return metrics
+
+
+def _train(
+    store: Store,
+    run_id: int,
+    config: dict,
+    data: Dataset,
+    device: torch.device,
+    on_epoch: Callable[[EpochReport], None] | None,
+) -> dict:
+    train_cfg = config["train"]
+    seed, epochs, batch_size = train_cfg["seed"], train_cfg["epochs"], train_cfg["batch_size"]
+    data = data.to(device)
+    model = build_for(config, data).to(device)
+    regularizer = make_regularizer(regularizer_spec(config), model, seed)
+    if train_cfg["optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=train_cfg["lr"], momentum=train_cfg["momentum"]
+        )
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg["lr"])
+    # Shuffling has its own generator, so the lba layer draws never depend on it.
+    shuffle = torch.Generator().manual_seed(seed + 1)
+    names = model.layer_names()
+    hidden = model.hidden_layer_indices()
+    n_train = len(data.x_train)
+    metrics: dict = {}
+
+    for epoch in range(1, epochs + 1):
+        tick = time.perf_counter()
+        model.train()
+        regularizer.start_epoch(epoch)
+        order = torch.randperm(n_train, generator=shuffle).to(device)
+        loss_sum = torch.zeros((), device=device)
+        penalty_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        sigma_sum, sigma_count, last_layer = 0.0, 0, None
+        steps = 0
+        for start in range(0, n_train, batch_size):
+            index = order[start : start + batch_size]
+            x, y = data.x_train[index], data.y_train[index]
+
+            # forward, then the regularizer's penalty (lba: one drawn layer, sigma-weighted)
+            logits = model(x)
+            ce = F.cross_entropy(logits, y)
+            penalty = regularizer.penalty()
+            loss = ce + penalty
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+            # accumulate on the device; read once per epoch
+            loss_sum += ce.detach() * len(y)
+            penalty_sum += torch.as_tensor(penalty).detach()
+            correct += (logits.detach().argmax(1) == y).sum()
+            if regularizer.last_sigma is not None:
+                sigma_sum += regularizer.last_sigma
+                sigma_count += 1
+                last_layer = regularizer.last_layer
+            steps += 1
+
+        mean_loss = loss_sum.item() / n_train
+        if not math.isfinite(mean_loss):
+            raise Diverged(f"loss became {mean_loss} at epoch {epoch}")
+        # "train accuracy" is the running mean over the epoch in training mode (the paper's)
+        train_acc = correct.item() / n_train
+
+        # the Lipschitz monitor: exact sigma per dense layer, operator norm per conv layer
+        sigmas = layer_sigmas(model)
+        log10_lb, log10_prod = log10_bounds(sigmas, hidden)
+
+        row = {
+            "epoch": epoch,
+            "loss": mean_loss,
+            "penalty": penalty_sum.item() / steps,
+            "train_acc": train_acc,
+            "log10_lb": log10_lb,
+            "log10_prod": log10_prod,
+            "lba_layer": last_layer,
+            "lba_sigma": sigma_sum / sigma_count if sigma_count else None,
+            "draws_json": list(regularizer.draw_counts),
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        if data.x_val is not None:
+            row["val_acc"], _ = accuracy(model, data.x_val, data.y_val)
+        if epoch % train_cfg["test_every"] == 0 or epoch == epochs:
+            row["test_acc"], row["test_loss"] = accuracy(model, data.x_test, data.y_test)
+            row["gap"] = train_acc - row["test_acc"]
+        row["seconds"] = time.perf_counter() - tick
+        store.record_epoch(run_id, row, list(zip(names, sigmas)))
+        metrics = row
+        if on_epoch:
+            on_epoch(EpochReport(run_id, epoch, epochs, row))
+
+    for protocol, rows in run_attacks(model, data, config).items():
+        store.record_attacks(run_id, rows, protocol=protocol)
+    return metrics
