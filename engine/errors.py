@@ -23,3 +23,7 @@ class StoreError(LbaError):
 
 class RunInterrupted(LbaError):
     """A run was stopped by the user (Ctrl-C or SIGTERM); its rows up to the last epoch stay."""
+
+
+class RunPruned(LbaError):
+    """A tuning trial was stopped early by its pruner; its epochs stay, its status is pruned."""

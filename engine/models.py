@@ -211,6 +211,17 @@ class ResidualCNN(nn.Module):
         ]
 
 
+def _per_feature(value: object, input_shape: tuple[int, ...]) -> object:
+    """Spread per-channel image statistics over the pixels the MLP sees flattened."""
+    if value is None or len(input_shape) != 3:
+        return value
+    tensor = torch.as_tensor(value, dtype=torch.float32).flatten()
+    channels, height, width = input_shape
+    if tensor.numel() == channels and channels > 1:
+        return tensor.repeat_interleave(height * width)
+    return value
+
+
 def build_model(
     arch: str,
     input_shape: tuple[int, ...],
@@ -246,6 +257,7 @@ def build_model(
     """
     if arch == "mlp":
         in_features = math.prod(input_shape)
+        mean, std = _per_feature(mean, input_shape), _per_feature(std, input_shape)
         return ResidualMLP(in_features, num_classes, width, depth, dropout, init, mean, std)
     if arch == "cnn":
         if len(input_shape) != 3 or input_shape[1] != input_shape[2]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from engine import __version__
 from engine.attacks import fgsm, pgd
 from engine.data import Dataset
-from engine.errors import LbaError, StudyError
+from engine.errors import LbaError, RunPruned, StudyError
 from engine.lipschitz import layer_sigmas, log10_bounds
 from engine.models import build_model
 from engine.regularizers import RegularizerSpec, make_regularizer
@@ -159,7 +159,8 @@ def train_run(
 ) -> dict:
     """Train one stored run to the end, writing every epoch and the attacks to the store.
 
-    The run is marked ``running`` first. A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into
+    The run is marked ``running`` first. ``on_epoch`` may raise :class:`RunPruned` to stop
+    a tuning trial early (the run is marked ``pruned``). A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into
     one by the command line) marks it ``interrupted`` with every finished epoch kept; a NaN or
     infinite loss marks it ``failed`` with the reason; both are then re-raised.
 
@@ -182,6 +183,10 @@ def train_run(
         raise
     except Diverged as exc:
         store.finish_run(run_id, "failed", error=str(exc), seconds=time.perf_counter() - started)
+        raise
+    except RunPruned as exc:
+        store.finish_run(run_id, "pruned", error=str(exc) or None,
+                         seconds=time.perf_counter() - started)
         raise
     except Exception as exc:
         store.finish_run(
