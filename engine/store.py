@@ -8,6 +8,9 @@ journal is WAL, every connection waits up to ``BUSY_TIMEOUT_S`` for a lock, and 
 is one short ``BEGIN IMMEDIATE`` transaction, so an epoch lands whole or not at all. A run
 whose process died is found by :meth:`Store.reap_stale` and marked ``interrupted``.
 
+Optuna keeps its tuning studies in the same file (its tables: ``studies``, ``trials``, ...);
+ours never share a name with them, which is why study files live in ``study_files``.
+
 Schema changes are appended to ``MIGRATIONS``; the file stores how many it has applied and a
 file written by a newer lba is refused rather than misread.
 """
@@ -62,7 +65,7 @@ def finite_or_none(value: Any) -> Any:
 
 def _schema_v1(db: sqlite_utils.Database) -> None:
     db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-    db["studies"].create(
+    db["study_files"].create(
         {
             "name": str,
             "path": str,
@@ -296,7 +299,7 @@ class Store:
         stamp = now()
         with self.write() as db:
             db.execute(
-                "INSERT INTO studies(name, path, description, config_json, reference_json, "
+                "INSERT INTO study_files(name, path, description, config_json, reference_json, "
                 "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET path = excluded.path, "
                 "description = excluded.description, config_json = excluded.config_json, "
@@ -466,11 +469,11 @@ class Store:
 
     def studies(self) -> list[dict]:
         """Every study, newest first."""
-        return self.query("SELECT * FROM studies ORDER BY updated_at DESC")
+        return self.query("SELECT * FROM study_files ORDER BY updated_at DESC")
 
     def study(self, name: str) -> dict | None:
         """One study's record with its config and reference decoded, or None."""
-        rows = self.query("SELECT * FROM studies WHERE name = ?", [name])
+        rows = self.query("SELECT * FROM study_files WHERE name = ?", [name])
         if not rows:
             return None
         row = rows[0]
