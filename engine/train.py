@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import __version__
-from engine.attacks import fgsm, pgd
+from engine import attacks
 from engine.data import Dataset
 from engine.errors import LbaError, RunPruned, StudyError
 from engine.lipschitz import layer_sigmas, log10_bounds
@@ -97,7 +97,7 @@ def regularizer_spec(config: dict) -> RegularizerSpec:
     """The regularizer settings of a run config (method defaults, then the study's values)."""
     method = dict(config["method"])
     name = method.pop("name")
-    return RegularizerSpec.for_method(name, **method)
+    return RegularizerSpec.for_method(name, arch=config["model"]["arch"], **method)
 
 
 @torch.no_grad()
@@ -120,31 +120,22 @@ def accuracy(
 
 def run_attacks(model: torch.nn.Module, data: Dataset, config: dict) -> dict[str, list[dict]]:
     """Every attack of the run's protocols on its test set, as store rows per protocol."""
-    results: dict[str, list[dict]] = {}
+    # Standardized tabular features have no [0, 1] range to clip to.
+    clip = None if config["data"]["dataset"] in ("wine", "circles") else (0.0, 1.0)
+    results = {}
     for protocol, plan in attack_plan(config).items():
-        n = plan["n"] or len(data.x_test)
-        x, y = data.x_test[:n], data.y_test[:n]
-        rows = [fgsm(model, x, y, 0.0, protocol=protocol)]
-        rows[0].attack = "clean"
-        rows += [fgsm(model, x, y, float(eps), protocol=protocol) for eps in plan["fgsm_eps"]]
-        if plan["pgd"]:
-            p = plan["pgd"]
-            generator = torch.Generator(device=x.device).manual_seed(config["train"]["seed"])
-            rows.append(
-                pgd(
-                    model,
-                    x,
-                    y,
-                    float(p["eps"]),
-                    steps=int(p["steps"]),
-                    step_size=float(p["step_size"]),
-                    random_start=bool(p.get("random_start", False)),
-                    restarts=int(p.get("restarts", 1)),
-                    protocol=protocol,
-                    generator=generator,
-                )
-            )
-        results[protocol] = [vars(r) for r in rows]
+        rows = attacks.run_attacks(
+            model,
+            data.x_test,
+            data.y_test,
+            protocol=protocol,
+            fgsm_eps=[float(eps) for eps in plan["fgsm_eps"]],
+            pgd=plan["pgd"] or None,
+            n=plan["n"] or len(data.x_test),
+            seed=config["train"]["seed"],
+            clip=clip,
+        )
+        results[protocol] = [vars(row) for row in rows]
     return results
 
 
@@ -235,7 +226,8 @@ def _train(
         loss_sum = torch.zeros((), device=device)
         penalty_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
-        sigma_sum, sigma_count, last_layer = 0.0, 0, None
+        sigma_sum = torch.zeros((), device=device, dtype=torch.float64)
+        sigma_count, last_layer = 0, None
         steps = 0
         for start in range(0, n_train, batch_size):
             index = order[start : start + batch_size]
@@ -255,12 +247,12 @@ def _train(
             loss_sum += ce.detach() * len(y)
             penalty_sum += torch.as_tensor(penalty).detach()
             correct += (logits.detach().argmax(1) == y).sum()
-            if regularizer.last_sigma is not None:
-                sigma_sum += regularizer.last_sigma
+            if regularizer.last_sigma_tensor is not None:
+                sigma_sum += regularizer.last_sigma_tensor
                 sigma_count += 1
-                last_layer = regularizer.last_layer
             steps += 1
 
+        last_layer = regularizer.last_layer
         mean_loss = loss_sum.item() / n_train
         if not math.isfinite(mean_loss):
             raise Diverged(f"loss became {mean_loss} at epoch {epoch}")
@@ -279,7 +271,7 @@ def _train(
             "log10_lb": log10_lb,
             "log10_prod": log10_prod,
             "lba_layer": last_layer,
-            "lba_sigma": sigma_sum / sigma_count if sigma_count else None,
+            "lba_sigma": sigma_sum.item() / sigma_count if sigma_count else None,
             "draws_json": list(regularizer.draw_counts),
             "lr": optimizer.param_groups[0]["lr"],
         }
