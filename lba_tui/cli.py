@@ -390,7 +390,8 @@ def main() -> None:
     """Run the command line; user errors print one line and exit 2, Ctrl-C exits 130."""
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        app(standalone_mode=False)
+        # standalone: Click itself prints usage errors (exit 2) and help
+        app()
     except LbaError as exc:
         err.print(f"Error: {exc}", markup=False, highlight=False)
         sys.exit(2)
@@ -398,20 +399,6 @@ def main() -> None:
         err.print("Stopped: the run in progress is marked interrupted (finished epochs are "
                   "kept); run the same command again to resume.")
         sys.exit(130)
-    except KeyboardInterrupt:
-        err.print("Stopped.")
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort,):
-        sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

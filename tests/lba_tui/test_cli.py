@@ -179,3 +179,10 @@ def test_sigint_marks_the_run_interrupted_and_keeps_finished_epochs(tmp_path):
     run = store.runs()[0]
     assert run["status"] == "interrupted"
     assert [e["epoch"] for e in store.epochs(run["id"])] == list(range(1, run["epoch"] + 1))
+
+
+def test_usage_errors_exit_2_without_a_traceback(capsys):
+    for args in (["run", "--jobs", "x"], ["frobnicate"], ["show", "abc"]):
+        code, _, err = lba(capsys, *args)
+        assert code == 2, args
+        assert "Traceback" not in err and "Try 'lba" in err
