@@ -36,6 +36,8 @@ DEFAULT_DB = "lba.db"
 BUSY_TIMEOUT_S = 60.0
 
 STATUSES = ("queued", "running", "done", "interrupted", "failed", "pruned")
+# Tables `lba eval` fills (schema v2); a re-run replaces a run's rows.
+EVALUATION_TABLES = ("shifts", "certified", "lipschitz_estimates", "pgd_curve")
 ACTIVE = ("queued", "running")
 
 
@@ -165,8 +167,89 @@ def _schema_v1(db: sqlite_utils.Database) -> None:
     db["runs"].create_index(["status"], if_not_exists=True)
 
 
+def _schema_v2(db: sqlite_utils.Database) -> None:
+    # Trained weights, so a run can be evaluated again without retraining; the blob is what
+    # torch.save wrote (the store itself never imports torch).
+    db["weights"].create(
+        {"run_id": int, "format": str, "size": int, "blob": bytes, "created_at": str},
+        pk="run_id",
+        foreign_keys=[("run_id", "runs", "id")],
+        if_not_exists=True,
+    )
+    # Natural shifts: one row per shift and severity (0 = the unshifted images); the
+    # worst-case lighting accuracy is shift 'lighting_worst', its grid 'lighting_grid'.
+    db["shifts"].create(
+        {
+            "run_id": int,
+            "shift": str,
+            "severity": int,
+            "level": float,
+            "params_json": str,
+            "accuracy": float,
+            "correct": int,
+            "n": int,
+            "seed": int,
+            "created_at": str,
+        },
+        pk=("run_id", "shift", "severity"),
+        foreign_keys=[("run_id", "runs", "id")],
+        if_not_exists=True,
+    )
+    # Certified accuracy at each l2 radius, per bound; the bound's log10 and the median
+    # certified radius repeat on each row so a CSV row stands on its own.
+    db["certified"].create(
+        {
+            "run_id": int,
+            "bound": str,
+            "radius": float,
+            "accuracy": float,
+            "correct": int,
+            "n": int,
+            "log10_bound": float,
+            "median_radius": float,
+            "created_at": str,
+        },
+        pk=("run_id", "bound", "radius"),
+        foreign_keys=[("run_id", "runs", "id")],
+        if_not_exists=True,
+    )
+    # Upper bounds and empirical lower bounds of the l2 Lipschitz constant of the logits.
+    db["lipschitz_estimates"].create(
+        {
+            "run_id": int,
+            "kind": str,
+            "side": str,
+            "log10_value": float,
+            "valid": int,
+            "n": int,
+            "created_at": str,
+        },
+        pk=("run_id", "kind"),
+        foreign_keys=[("run_id", "runs", "id")],
+        if_not_exists=True,
+    )
+    # The gradient-masking check: per PGD step, the mean logit cross-entropy and accuracy.
+    db["pgd_curve"].create(
+        {
+            "run_id": int,
+            "loss": str,
+            "eps": float,
+            "step": int,
+            "mean_ce": float,
+            "accuracy": float,
+            "robust": float,
+            "zero_grad": float,
+            "n": int,
+            "created_at": str,
+        },
+        pk=("run_id", "loss", "eps", "step"),
+        foreign_keys=[("run_id", "runs", "id")],
+        if_not_exists=True,
+    )
+
+
 # Each entry upgrades the schema by one version; append, never edit a released one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_schema_v1]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_schema_v1, _schema_v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -426,6 +509,42 @@ class Store:
                 ],
             )
 
+    def save_weights(self, run_id: int, blob: bytes, *, format: str = "torch.save") -> None:
+        """Keep a run's trained weights (the bytes of a serialized state dict), replacing any."""
+        with self.write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO weights(run_id, format, size, blob, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [run_id, format, len(blob), sqlite3.Binary(blob), now()],
+            )
+
+    def replace_rows(
+        self, table: str, run_id: int, rows: list[dict], *, where: dict | None = None
+    ) -> None:
+        """Replace a run's rows of an evaluation table in one transaction (never duplicates).
+
+        Args:
+            table: ``shifts``, ``certified``, ``lipschitz_estimates`` or ``pgd_curve``.
+            run_id: The run the rows belong to.
+            rows: Column -> value; ``run_id`` and ``created_at`` are filled in.
+            where: Only rows matching these column values are deleted first (e.g. the kinds
+                being written); None deletes all of the run's rows in ``table``.
+        """
+        if table not in EVALUATION_TABLES:
+            raise StoreError(f"table {table!r} is not one of {', '.join(EVALUATION_TABLES)}")
+        stamp = now()
+        clause = "".join(f" AND {column} = ?" for column in where or {})
+        with self.write() as db:
+            db.execute(
+                f"DELETE FROM {table} WHERE run_id = ?{clause}", [run_id, *(where or {}).values()]
+            )
+            for row in rows:
+                row = {k: finite_or_none(v) for k, v in row.items()}
+                row.update(run_id=run_id, created_at=stamp)
+                columns = ", ".join(row)
+                marks = ", ".join("?" for _ in row)
+                db.execute(f"INSERT INTO {table}({columns}) VALUES ({marks})", list(row.values()))
+
     def finish_run(
         self, run_id: int, status: str, *, error: str | None = None, seconds: float | None = None
     ) -> None:
@@ -524,6 +643,21 @@ class Store:
             "ORDER BY a.run_id, a.protocol, a.attack, a.eps, a.steps",
             [study],
         )
+
+    def weights(self, run_id: int) -> bytes | None:
+        """A run's saved weights, or None when it has none (it was trained before v2)."""
+        if not self.db["weights"].exists():
+            return None
+        row = self.db.execute("SELECT blob FROM weights WHERE run_id = ?", [run_id]).fetchone()
+        return bytes(row[0]) if row else None
+
+    def evaluation(self, table: str, run_id: int) -> list[dict]:
+        """A run's rows of one evaluation table (empty when the file predates the table)."""
+        if table not in EVALUATION_TABLES:
+            raise StoreError(f"table {table!r} is not one of {', '.join(EVALUATION_TABLES)}")
+        if not self.db[table].exists():
+            return []
+        return self.query(f"SELECT * FROM {table} WHERE run_id = ? ORDER BY rowid", [run_id])
 
 
 def _alive(pid: int) -> bool:

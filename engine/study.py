@@ -76,6 +76,55 @@ PGD_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 REFERENCE_KEYS = ("method", "depth", "train", "test", "gap", "fgsm", "pgd", "log10_lb")
 
+# [tune]: what `lba tune` searches and how (engine/tune.py runs it). Keys left out take these
+# defaults; methods, depth and seed default to the grid's (its first depth and seed).
+TUNE_DEFAULTS: dict[str, Any] = {
+    "name": "",  # the tuning's name (default: the study's); Optuna studies are <name>:<method>
+    "trials": 20,  # finished trials per method when --trials is not given
+    "objectives": ["val_acc"],
+    "sampler": "tpe",
+    "sampler_seed": 0,  # 0 = unseeded
+    "pruner": "median",  # "none" where there are several objectives
+    "pruner_startup": 5,  # finished trials before the pruner may stop one
+    "pruner_warmup": 2,  # epochs every trial trains before it may be pruned
+    "pruner_percentile": 25.0,
+    "heartbeat": 30,  # seconds between a running trial's heartbeats
+    "grace": 0,  # seconds without a heartbeat before a trial is failed (0 = 4 x heartbeat)
+}
+# Each objective is maximized or minimized; the per-epoch ones can drive a pruner.
+TUNE_OBJECTIVES = {
+    "val_acc": "maximize",  # validation accuracy
+    "val_gap": "minimize",  # train accuracy minus validation accuracy
+    "val_pgd_acc": "maximize",  # PGD accuracy on validation images (the study's PGD budget)
+    "log10_lb": "minimize",  # log10 of the Lipschitz bound
+}
+PER_EPOCH_OBJECTIVES = ("val_acc", "val_gap", "log10_lb")
+TUNE_SAMPLERS = ("tpe", "random", "nsga2")
+TUNE_PRUNERS = ("median", "percentile", "hyperband", "none")
+# What a search space may vary: training settings shared by every method, and each method's own.
+TUNE_SPACE_KEYS: dict[str, tuple[str, ...]] = {
+    "train": ("lr", "momentum", "batch_size", "optimizer"),
+    "model": ("width",),
+    "none": (),
+    "l1": ("lam",),
+    "l2": ("lam",),
+    "dropout": ("p",),
+    "lba": ("lam", "pool", "draw", "norm", "sigma", "power_iters"),
+    "lba_2025": ("lam", "pool", "draw", "norm", "sigma", "power_iters"),
+    "lba_global": ("lam",),
+}
+_SPACE_KINDS = {
+    "lam": float,
+    "p": float,
+    "lr": float,
+    "momentum": float,
+    "power_iters": int,
+    "batch_size": int,
+    "width": int,
+}  # every other key takes strings
+_SPACE_LOW = {"lam": 0, "p": 0, "momentum": 0, "power_iters": 1, "batch_size": 1, "width": 1}
+DISTRIBUTIONS = ("log", "uniform", "int", "categorical")
+
 # The attack grids of METHOD.md, used where a study does not set its own.
 PAPER_ATTACKS = {
     "n": 1000,
@@ -154,9 +203,28 @@ class Study:
             cells.append(Cell(method, depth, seed, self.run_config(method, depth, seed)))
         return cells
 
-    def run_config(self, method: str, depth: int, seed: int, **method_overrides: Any) -> dict:
-        """The config of one run: data, model, train, attacks, and the method's settings."""
+    def run_config(
+        self,
+        method: str,
+        depth: int,
+        seed: int,
+        *,
+        overrides: dict[str, dict] | None = None,
+        **method_overrides: Any,
+    ) -> dict:
+        """The config of one run: data, model, train, attacks, and the method's settings.
+
+        Args:
+            method: The regularizer.
+            depth: The number of residual layers.
+            seed: The run's seed.
+            overrides: Values replacing the study's, by section, e.g. ``{"train": {"lr": 0.1}}``
+                (a tuning trial's training settings).
+            **method_overrides: Method settings replacing the study's (``lam``, ``p``, ...).
+        """
         config = {k: copy.deepcopy(v) for k, v in self.config.items() if k not in ("grid",)}
+        for section, values in (overrides or {}).items():
+            config[section].update(copy.deepcopy(values))
         settings = dict(self.methods.get(method, {}))
         per_depth = settings.pop("depth", {})
         settings.update(per_depth.get(str(depth), {}))
@@ -332,6 +400,225 @@ def load_study(path: str | Path | None = None, overrides: list[str] | None = Non
     return validate(raw, where)
 
 
+def _check_distribution(where: str, key: str, kind: type, dist: Any) -> None:
+    if not isinstance(dist, dict):
+        raise StudyError(
+            f"{where}: key '{key}' must be a table such as {{ type = \"log\", low = 1e-5, "
+            f"high = 1e-2 }}, got {dist!r}"
+        )
+    kind_name = {float: "number", int: "integer", str: "string"}[kind]
+    allowed = {
+        "log": ("low", "high"),
+        "uniform": ("low", "high", "step"),
+        "int": ("low", "high", "step", "log"),
+        "categorical": ("choices",),
+    }
+    shape = dist.get("type")
+    _check_choice(where, f"{key}.type", shape, DISTRIBUTIONS)
+    if (kind is str and shape != "categorical") or (kind is int and shape in ("log", "uniform")):
+        fits = "categorical" if kind is str else "int or categorical"
+        raise StudyError(f"{where}: key '{key}' takes {kind_name}s; its type must be {fits}")
+    if kind is float and shape == "int":
+        raise StudyError(
+            f"{where}: key '{key}' takes numbers; its type must be log, uniform or categorical"
+        )
+    for field_name in dist:
+        if field_name != "type" and field_name not in allowed[shape]:
+            raise StudyError(
+                f"{where}: unknown key '{key}.{field_name}' for type {shape!r}; "
+                f"allowed: {', '.join(allowed[shape])}"
+            )
+    name = key.rsplit(".", 1)[-1]
+    if shape == "categorical":
+        choices = dist.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise StudyError(f"{where}: key '{key}.choices' must be a non-empty list")
+        for choice in choices:
+            _check_type(where, f"{key}.choices", choice, (int, float) if kind is float else kind)
+            if kind is not str:
+                _check_range(where, f"{key}.choices", name, choice, choice)
+        return
+    for bound in ("low", "high"):
+        if bound not in dist:
+            raise StudyError(f"{where}: key '{key}' of type {shape!r} needs low and high")
+        _check_type(where, f"{key}.{bound}", dist[bound], int if kind is int else (int, float))
+    low, high = dist["low"], dist["high"]
+    if not low < high:
+        raise StudyError(f"{where}: key '{key}' needs low < high, got low {low!r}, high {high!r}")
+    if (shape == "log" or dist.get("log")) and low <= 0:
+        raise StudyError(
+            f"{where}: key '{key}' is log-uniform, so low must be greater than 0, got {low!r}"
+        )
+    _check_range(where, key, name, low, high)
+    if "step" in dist:
+        _check_type(where, f"{key}.step", dist["step"], int if kind is int else (int, float))
+        _check_positive(where, f"{key}.step", dist["step"])
+    if "log" in dist:
+        _check_type(where, f"{key}.log", dist["log"], bool)
+        if dist["log"] and dist.get("step", 1) != 1:
+            raise StudyError(f"{where}: key '{key}' cannot be log-scaled with a step other than 1")
+
+
+def _check_range(where: str, key: str, name: str, low: float, high: float) -> None:
+    # The smallest value each tunable setting accepts (lr and p also have an open end).
+    if name == "lr" and low <= 0:
+        raise StudyError(f"{where}: key '{key}' must be greater than 0, got {low!r}")
+    if low < _SPACE_LOW.get(name, low):
+        raise StudyError(f"{where}: key '{key}' must be {_SPACE_LOW[name]} or more, got {low!r}")
+    if name == "p" and high >= 1:
+        raise StudyError(
+            f"{where}: key '{key}' must be below 1 (a dropout probability), got {high!r}"
+        )
+
+
+def _check_tune(where: str, given: dict, config: dict, study_name: str) -> dict:
+    """The [tune] section with its defaults filled in; see TUNE_DEFAULTS and docs/tune.md."""
+    nested = ("methods", "depth", "seed", "data", "train", "space", "final")
+    for key in given:
+        if key not in TUNE_DEFAULTS and key not in nested:
+            raise StudyError(
+                f"{where}: unknown key 'tune.{key}'; allowed in [tune]: "
+                f"{', '.join(sorted([*TUNE_DEFAULTS, *nested]))}"
+            )
+    tune = _merge_section(
+        where, "tune", TUNE_DEFAULTS, {k: v for k, v in given.items() if k not in nested}
+    )
+    grid = config["grid"]
+    # Optuna's study names are <name>:<method>, split at the last colon.
+    tune["name"] = tune["name"] or study_name
+    if ":" in tune["name"]:
+        raise StudyError(
+            f"{where}: the tuning name {tune['name']!r} must not contain ':'; "
+            'set another with [tune] name = "..."'
+        )
+    tune["methods"] = given.get("methods", list(grid["method"]))
+    if not isinstance(tune["methods"], list) or not tune["methods"]:
+        raise StudyError(f"{where}: key 'tune.methods' must be a non-empty list of methods")
+    for method in tune["methods"]:
+        _check_choice(where, "tune.methods", method, METHODS)
+    if len(set(tune["methods"])) != len(tune["methods"]):
+        raise StudyError(f"{where}: key 'tune.methods' lists a method twice: {tune['methods']}")
+    for key in ("depth", "seed"):
+        tune[key] = given.get(key, grid[key][0])
+        _check_type(where, f"tune.{key}", tune[key], int)
+    _check_positive(where, "tune.depth", tune["depth"], zero_ok=True)
+
+    # Training and data settings of every trial, on top of the study's.
+    tune["data"] = given.get("data", {})
+    tune["train"] = given.get("train", {})
+    for section, keys in (
+        ("data", ("train_subset", "val_size")),
+        ("train", tuple(DEFAULTS["train"])),
+    ):
+        values = tune[section]
+        if not isinstance(values, dict):
+            raise StudyError(f"{where}: [tune.{section}] must be a table")
+        for key in values:
+            if key not in keys:
+                raise StudyError(
+                    f"{where}: unknown key 'tune.{section}.{key}'; allowed: {', '.join(keys)}"
+                )
+        _merge_section(where, f"tune.{section}", DEFAULTS[section], values)
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                zero_ok = key in ("momentum", "train_subset", "val_size")
+                _check_positive(where, f"tune.{section}.{key}", value, zero_ok=zero_ok)
+    if "optimizer" in tune["train"]:
+        _check_choice(where, "tune.train.optimizer", tune["train"]["optimizer"], ("sgd", "adam"))
+
+    objectives = tune["objectives"]
+    if not isinstance(objectives, list) or not objectives:
+        raise StudyError(
+            f"{where}: key 'tune.objectives' must be a non-empty list, e.g. [\"val_acc\"]"
+        )
+    for objective in objectives:
+        _check_choice(where, "tune.objectives", objective, tuple(TUNE_OBJECTIVES))
+    if len(set(objectives)) != len(objectives):
+        raise StudyError(f"{where}: key 'tune.objectives' lists an objective twice")
+    val_size = tune["data"].get("val_size", config["data"]["val_size"])
+    if not val_size and any(o.startswith("val_") for o in objectives):
+        raise StudyError(
+            f"{where}: objective '{objectives[0]}' needs validation data carved from the "
+            "training data; set val_size in [tune.data] or [data], e.g. val_size = 5000"
+        )
+    if "val_pgd_acc" in objectives and not any(
+        plan.get("pgd") for plan in attack_plan(config).values()
+    ):
+        raise StudyError(f"{where}: objective 'val_pgd_acc' needs a PGD attack in [attacks]")
+    _check_choice(where, "tune.sampler", tune["sampler"], TUNE_SAMPLERS)
+    if tune["sampler"] == "nsga2" and len(objectives) < 2:
+        raise StudyError(f"{where}: sampler 'nsga2' is for several objectives; use 'tpe'")
+    _check_choice(where, "tune.pruner", tune["pruner"], TUNE_PRUNERS)
+    if len(objectives) > 1:
+        if "pruner" in given and tune["pruner"] != "none":
+            raise StudyError(
+                f"{where}: key 'tune.pruner' must be 'none' with several "
+                f"objectives ({', '.join(objectives)}); Optuna prunes one only"
+            )
+        tune["pruner"] = "none"
+    elif tune["pruner"] != "none" and objectives[0] not in PER_EPOCH_OBJECTIVES:
+        raise StudyError(
+            f"{where}: objective '{objectives[0]}' is measured once, after "
+            'training, so it cannot drive a pruner; set pruner = "none"'
+        )
+    for key in ("trials", "heartbeat", "pruner_startup"):
+        _check_positive(where, f"tune.{key}", tune[key], zero_ok=key == "pruner_startup")
+    for key in ("grace", "pruner_warmup", "sampler_seed"):
+        _check_positive(where, f"tune.{key}", tune[key], zero_ok=True)
+    if not 0 < tune["pruner_percentile"] < 100:
+        raise StudyError(
+            f"{where}: key 'tune.pruner_percentile' must lie in (0, 100), got "
+            f"{tune['pruner_percentile']!r}"
+        )
+    tune["grace"] = tune["grace"] or 4 * tune["heartbeat"]
+    if tune["grace"] <= tune["heartbeat"]:
+        raise StudyError(
+            f"{where}: key 'tune.grace' ({tune['grace']} s) must exceed "
+            f"'tune.heartbeat' ({tune['heartbeat']} s)"
+        )
+
+    space = given.get("space", {})
+    if not isinstance(space, dict):
+        raise StudyError(f"{where}: [tune.space] must be a table of tables, e.g. [tune.space.l2]")
+    for group, params in space.items():
+        _check_choice(where, "tune.space", group, tuple(TUNE_SPACE_KEYS))
+        if not isinstance(params, dict):
+            raise StudyError(f"{where}: [tune.space.{group}] must be a table")
+        for key, dist in params.items():
+            if key not in TUNE_SPACE_KEYS[group]:
+                allowed = ", ".join(TUNE_SPACE_KEYS[group]) or "nothing (no setting to tune)"
+                raise StudyError(
+                    f"{where}: unknown key 'tune.space.{group}.{key}'; allowed: {allowed}"
+                )
+            _check_distribution(
+                where, f"tune.space.{group}.{key}", _SPACE_KINDS.get(key, str), dist
+            )
+    if "optimizer" in space.get("train", {}):
+        for choice in space["train"]["optimizer"]["choices"]:
+            _check_choice(where, "tune.space.train.optimizer.choices", choice, ("sgd", "adam"))
+    tune["space"] = space
+
+    final = given.get("final", {})
+    if not isinstance(final, dict):
+        raise StudyError(f"{where}: [tune.final] must be a table")
+    for key in final:
+        if key not in ("seeds", "depths"):
+            raise StudyError(f"{where}: unknown key 'tune.final.{key}'; allowed: depths, seeds")
+    final = {
+        "seeds": final.get("seeds", [0, 1, 2]),
+        "depths": final.get("depths", [tune["depth"]]),
+    }
+    for key, values in final.items():
+        if not isinstance(values, list) or not values:
+            raise StudyError(f"{where}: key 'tune.final.{key}' must be a non-empty list")
+        for value in values:
+            _check_type(where, f"tune.final.{key}", value, int)
+            if key == "depths":
+                _check_positive(where, "tune.final.depths", value, zero_ok=True)
+    tune["final"] = final
+    return tune
+
+
 def validate(raw: dict, where: str) -> Study:
     """Check a raw study dictionary and resolve its defaults."""
     sections = set(DEFAULTS) | {"methods", "reference", "tune"}
@@ -423,9 +710,10 @@ def validate(raw: dict, where: str) -> Study:
         if "method" not in row or "depth" not in row:
             raise StudyError(f"{where}: reference entry {i + 1} needs 'method' and 'depth'")
 
-    tune = raw.get("tune", {})
-    if not isinstance(tune, dict):
+    tune = raw.get("tune")
+    if tune is not None and not isinstance(tune, dict):
         raise StudyError(f"{where}: [tune] must be a table")
+    tune = _check_tune(where, tune, config, name) if tune is not None else {}
     return Study(
         name=name,
         path=where,

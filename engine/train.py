@@ -8,6 +8,7 @@ Metrics are accumulated on the device and read once per epoch, so a GPU is not s
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import platform
@@ -91,6 +92,13 @@ def build_for(config: dict, data: Dataset) -> torch.nn.Module:
         mean=data.mean,
         std=data.std,
     )
+
+
+def weights_blob(model: torch.nn.Module) -> bytes:
+    """A model's state dict as ``torch.save`` bytes (tensors on the CPU), for the store."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    return buffer.getvalue()
 
 
 def regularizer_spec(config: dict) -> RegularizerSpec:
@@ -288,4 +296,6 @@ def _train(
 
     for protocol, rows in run_attacks(model, data, config).items():
         store.record_attacks(run_id, rows, protocol=protocol)
+    # the final weights, so `lba eval` can evaluate the run later without retraining it
+    store.save_weights(run_id, weights_blob(model))
     return metrics

@@ -391,7 +391,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         # standalone: Click itself prints usage errors (exit 2) and help
-        app()
+        app(prog_name="lba")
     except LbaError as exc:
         err.print(f"Error: {exc}", markup=False, highlight=False)
         sys.exit(2)

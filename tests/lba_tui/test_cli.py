@@ -164,7 +164,7 @@ def test_sigint_marks_the_run_interrupted_and_keeps_finished_epochs(tmp_path):
          "train.epochs=500", "--set", "grid.method=['none']"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while time.time() < deadline:
         time.sleep(0.5)
         if db.exists():
