@@ -19,10 +19,27 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.store import Store
+from engine.store import EVALUATION_TABLES, Store
 
 # Lower is better for these; higher for every accuracy.
 LOWER_IS_BETTER = ("gap", "log10_lb")
+# Neither: a measured lower bound of the Lipschitz constant is not a score.
+NOT_RANKED = ("log10_low",)
+
+# `lba eval` results summarized in the table (the full rows are in the raw exports): mean
+# accuracy over every natural shift and severity, worst-case lighting accuracy, certified
+# accuracy (residual bound) and l2 PGD at one radius, l-inf PGD with restarts, and the largest
+# empirical lower bound of the Lipschitz constant.
+TABLE_RADIUS = 0.5
+_RADIUS = f"{TABLE_RADIUS:g}".removeprefix("0")
+EVAL_COLUMNS = {
+    "shift": "Shift",
+    "light": "Light WC",
+    f"cert@{TABLE_RADIUS:g}": f"Cert {_RADIUS}",
+    f"l2pgd@{TABLE_RADIUS:g}": f"L2PGD {_RADIUS}",
+    "rob:pgd": "rPGD",
+    "log10_low": "log10 low",
+}
 
 
 def metric_key(protocol: str, attack: str, eps: float) -> str:
@@ -43,7 +60,8 @@ def run_metrics(run: dict, attacks: Iterable[dict]) -> dict[str, float]:
         if run.get(column) is not None:
             metrics[key] = run[column] * scale
     for row in attacks:
-        if row["attack"] == "clean":
+        # `lba eval`'s own protocols are summarized by evaluation_metrics instead.
+        if row["attack"] == "clean" or row["protocol"] not in ("paper", "standard"):
             continue
         metrics[metric_key(row["protocol"], row["attack"], row["eps"])] = 100.0 * row["accuracy"]
     return metrics
@@ -83,9 +101,11 @@ def study_table(store: Store, study: str) -> list[dict[str, Any]]:
     for row in store.attacks(study=study):
         attacks_by_run.setdefault(row["run_id"], []).append(row)
 
+    evaluated = evaluation_metrics(store, study)
     cells: dict[tuple[str, int], list[dict[str, float]]] = {}
     for run in runs:
         metrics = run_metrics(run, attacks_by_run.get(run["id"], []))
+        metrics.update(evaluated.get(run["id"], {}))
         cells.setdefault((run["method"], run["depth"]), []).append(metrics)
 
     config = record["config"]
@@ -116,10 +136,64 @@ def study_table(store: Store, study: str) -> list[dict[str, Any]]:
     return rows
 
 
+def evaluation_metrics(store: Store, study: str) -> dict[int, dict[str, float]]:
+    """Per run of a study, the :data:`EVAL_COLUMNS` its ``lba eval`` rows give (percent).
+
+    A store written before ``lba eval`` existed (schema v1, opened read-only) has none.
+    """
+    out: dict[int, dict[str, float]] = {}
+
+    def rows(table: str, sql: str, params: list) -> list[dict]:
+        if not store.db[table].exists():
+            return []
+        return store.query(sql, params)
+
+    join = "JOIN runs r ON r.id = t.run_id WHERE r.study = ?"
+    shifted: dict[int, list[float]] = {}
+    for row in rows("shifts", f"SELECT t.* FROM shifts t {join}", [study]):
+        if row["shift"] == "lighting_worst":
+            out.setdefault(row["run_id"], {})["light"] = 100.0 * row["accuracy"]
+        elif not row["shift"].startswith("lighting_") and row["severity"] > 0:
+            shifted.setdefault(row["run_id"], []).append(row["accuracy"])
+    for run_id, values in shifted.items():
+        out.setdefault(run_id, {})["shift"] = 100.0 * statistics.fmean(values)
+    sql = f"SELECT t.* FROM certified t {join} AND t.bound = 'residual' AND t.radius = ?"
+    for row in rows("certified", sql, [study, TABLE_RADIUS]):
+        out.setdefault(row["run_id"], {})[f"cert@{TABLE_RADIUS:g}"] = 100.0 * row["accuracy"]
+    sql = f"SELECT t.* FROM attacks t {join} AND t.protocol = 'robust' ORDER BY t.eps"
+    for row in rows("attacks", sql, [study]):
+        metrics = out.setdefault(row["run_id"], {})
+        if row["attack"] == "pgd_l2" and row["eps"] == TABLE_RADIUS:
+            metrics[f"l2pgd@{TABLE_RADIUS:g}"] = 100.0 * row["accuracy"]
+        elif row["attack"] == "pgd":
+            metrics[f"rob:pgd@{row['eps']:g}"] = 100.0 * row["accuracy"]
+    sql = (
+        f"SELECT t.run_id, max(t.log10_value) AS low FROM lipschitz_estimates t {join} "
+        "AND t.side = 'lower' GROUP BY t.run_id"
+    )
+    for row in rows("lipschitz_estimates", sql, [study]):
+        if row["low"] is not None:
+            out.setdefault(row["run_id"], {})["log10_low"] = row["low"]
+    return out
+
+
+def _eval_key(key: str) -> str | None:
+    """The :data:`EVAL_COLUMNS` entry a metric belongs to (``rob:pgd@0.1`` -> ``rob:pgd``)."""
+    if key in EVAL_COLUMNS:
+        return key
+    if key.startswith("rob:pgd@"):
+        return "rob:pgd"
+    return None
+
+
 def _column_order(key: str) -> tuple:
     fixed = ["train", "test", "gap"]
     if key in fixed:
         return (0, fixed.index(key), 0.0)
+    eval_key = _eval_key(key)
+    if eval_key is not None:
+        eps = float(key.partition("@")[2] or 0) if eval_key == "rob:pgd" else 0.0
+        return (4, list(EVAL_COLUMNS).index(eval_key), eps)
     if key == "log10_lb":
         return (3, 0, 0.0)
     protocol = 2 if key.startswith("std:") else 1
@@ -142,6 +216,11 @@ def header(key: str) -> str:
     """A short display header for a metric: ``FGSM .01``, ``sPGD .1``, ``log10 LB``."""
     if key == "log10_lb":
         return "log10 LB"
+    if key in EVAL_COLUMNS:
+        return EVAL_COLUMNS[key]
+    if key.startswith("rob:pgd@"):
+        eps = key.partition("@")[2]
+        return f"rPGD {eps[1:] if eps.startswith('0.') else eps}"
     if key in ("train", "test", "gap"):
         return key.capitalize()
     standard = key.startswith("std:")
@@ -150,11 +229,17 @@ def header(key: str) -> str:
     return f"{'s' if standard else ''}{attack.upper()} {eps_text}"
 
 
+def _score(key: str, mean: float) -> float:
+    # A gap is best near zero (a negative one is not better); a bound is best small.
+    if key == "gap":
+        return -abs(mean)
+    return -mean if key in LOWER_IS_BETTER else mean
+
+
 def _best(rows: Sequence[dict], key: str) -> float | None:
-    means = [row[key][0] for row in rows if row.get(key) and math.isfinite(row[key][0])]
-    if not means:
-        return None
-    return min(means) if key in LOWER_IS_BETTER else max(means)
+    scores = [_score(key, row[key][0]) for row in rows
+              if row.get(key) and math.isfinite(row[key][0])]
+    return max(scores) if scores else None
 
 
 def _number(value: float, digits: int) -> str:
@@ -201,7 +286,7 @@ def format_table(
         line = [row["method"], str(row["depth"]), str(row["runs"])]
         for key in columns:
             ref = row.get(f"ref:{key}") if reference == "inline" else None
-            digits = 2 if key == "log10_lb" else 1
+            digits = 2 if key in ("log10_lb", "log10_low") else 1
             line.append(format_cell(row.get(key), ref, digits=digits, plus_minus=plus_minus))
         cells.append(line)
         refs = [row.get(f"ref:{key}") for key in columns]
@@ -254,12 +339,12 @@ def _decorated(rows: Sequence[dict], bold: Any, plus_minus: str) -> tuple[list, 
     for row in rows:
         line = [row["method"], str(row["depth"])]
         for key in columns:
-            digits = 2 if key == "log10_lb" else 1
+            digits = 2 if key in ("log10_lb", "log10_low") else 1
             text = format_cell(
                 row.get(key), row.get(f"ref:{key}"), digits=digits, plus_minus=plus_minus
             )
             value = row.get(key)
-            if value is not None and best[key] is not None and value[0] == best[key]:
+            if value is not None and best[key] is not None and _score(key, value[0]) == best[key]:
                 text = bold(text)
             line.append(text)
         cells.append(line)
@@ -303,11 +388,12 @@ def to_latex(rows: Sequence[dict], caption: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-RAW_EXPORTS = ("runs", "epochs", "attacks")
+RAW_EXPORTS = ("runs", "epochs", "attacks", *EVALUATION_TABLES)
 
 
 def raw_rows(store: Store, study: str, what: str) -> tuple[list[str], list[list[Any]]]:
-    """Every stored row of one kind (runs, epochs, attacks) for a study's runs."""
+    """Every stored row of one kind (runs, epochs, attacks, or an ``lba eval`` table such as
+    shifts or certified) for a study's runs."""
     if what == "runs":
         rows = store.query("SELECT * FROM runs WHERE study = ? ORDER BY id", [study])
     else:

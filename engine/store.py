@@ -1,6 +1,8 @@
 """The SQLite store: the contract between the engine, the command line and the terminal app.
 
-One file holds studies, runs, per-epoch metrics, per-layer spectral norms and attack results.
+One file holds studies, runs, per-epoch metrics, per-layer spectral norms and attack results,
+and (schema v2) each finished run's trained weights and what ``lba eval`` measured on them:
+natural shifts, certified accuracy, Lipschitz estimates and the gradient-masking curves.
 It imports no torch, so the terminal app can read it without loading the engine.
 
 Writers (training processes) and readers (the app, ``lba ls``) share the file safely: the
@@ -28,9 +30,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from engine.errors import StoreError
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 DEFAULT_DB = "lba.db"
 BUSY_TIMEOUT_S = 60.0
@@ -249,7 +254,7 @@ def _schema_v2(db: sqlite_utils.Database) -> None:
 
 
 # Each entry upgrades the schema by one version; append, never edit a released one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_schema_v1, _schema_v2]
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_schema_v1, _schema_v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -292,6 +297,10 @@ class Store:
             else:
                 conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            # Imported here: sqlite-utils loads pandas when it is installed (about 0.5 s), which
+            # `lba --help` and the app's first paint should not wait for.
+            import sqlite_utils
+
             self.db = sqlite_utils.Database(conn)
             if not readonly:
                 self._set_wal()
@@ -519,7 +528,7 @@ class Store:
             )
 
     def replace_rows(
-        self, table: str, run_id: int, rows: list[dict], *, where: dict | None = None
+        self, table: str, run_id: int, rows: list[dict], *, where: dict[str, list] | None = None
     ) -> None:
         """Replace a run's rows of an evaluation table in one transaction (never duplicates).
 
@@ -527,17 +536,18 @@ class Store:
             table: ``shifts``, ``certified``, ``lipschitz_estimates`` or ``pgd_curve``.
             run_id: The run the rows belong to.
             rows: Column -> value; ``run_id`` and ``created_at`` are filled in.
-            where: Only rows matching these column values are deleted first (e.g. the kinds
-                being written); None deletes all of the run's rows in ``table``.
+            where: Only rows whose column holds one of the listed values are deleted first
+                (e.g. the kinds being written); None deletes all of the run's rows in ``table``.
         """
         if table not in EVALUATION_TABLES:
             raise StoreError(f"table {table!r} is not one of {', '.join(EVALUATION_TABLES)}")
         stamp = now()
-        clause = "".join(f" AND {column} = ?" for column in where or {})
+        clause, params = "", [run_id]
+        for column, values in (where or {}).items():
+            clause += f" AND {column} IN ({', '.join('?' for _ in values)})"
+            params += list(values)
         with self.write() as db:
-            db.execute(
-                f"DELETE FROM {table} WHERE run_id = ?{clause}", [run_id, *(where or {}).values()]
-            )
+            db.execute(f"DELETE FROM {table} WHERE run_id = ?{clause}", params)
             for row in rows:
                 row = {k: finite_or_none(v) for k, v in row.items()}
                 row.update(run_id=run_id, created_at=stamp)
