@@ -93,10 +93,16 @@ def study_table(store: Store, study: str) -> list[dict[str, Any]]:
     Returns:
         Rows with ``method``, ``depth``, ``runs`` and, per metric, ``(mean, std, n)``; the
         published value of a metric, where known, is under ``ref:<metric>``. Tuning trials are
-        left out: they belong to their tuning study.
+        left out (they belong to their tuning study), and of several finished runs of one
+        seed only the newest counts.
     """
     record = store.study(study) or {"config": {}, "reference": []}
-    runs = [r for r in store.runs(study, status="done") if r.get("trial_number") is None]
+    # The newest finished run of each (method, depth, seed): a --rerun replaces, never doubles.
+    latest: dict[tuple, dict] = {}
+    for run in store.runs(study, status="done"):
+        if run.get("trial_number") is None:
+            latest[(run["method"], run["depth"], run["seed"])] = run
+    runs = list(latest.values())
     attacks_by_run: dict[int, list[dict]] = {}
     for row in store.attacks(study=study):
         attacks_by_run.setdefault(row["run_id"], []).append(row)

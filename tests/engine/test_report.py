@@ -58,6 +58,12 @@ def fill(store: Store) -> None:
             protocol="paper",
         )
         store.finish_run(run_id, "done")
+    # an older finished run of the same seed is replaced by the newer one
+    run_id = store.create_run(study="s", method="none", depth=3, seed=0, dataset="x",
+                              arch="mlp", epochs=1, config={})
+    store.record_epoch(run_id, {"epoch": 1, "train_acc": 0.2, "test_acc": 0.2}, [])
+    store.finish_run(run_id, "done")
+    store.db.execute("UPDATE runs SET id = 0 WHERE id = ?", [run_id])
     # an interrupted run never counts
     run_id = store.create_run(
         study="s", method="lba", depth=3, seed=2, dataset="x", arch="mlp", epochs=1, config={}
