@@ -14,6 +14,7 @@ import math
 import platform
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +100,19 @@ def weights_blob(model: torch.nn.Module) -> bytes:
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
     return buffer.getvalue()
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """bf16 autocast on ``device`` when ``precision`` is ``"bf16"``, else nothing.
+
+    Raises:
+        StudyError: ``precision`` is neither ``"float32"`` nor ``"bf16"``.
+    """
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision != "float32":
+        raise StudyError(f"train.precision = {precision!r} is not one of float32, bf16")
+    return nullcontext()
 
 
 def regularizer_spec(config: dict) -> RegularizerSpec:
@@ -219,6 +233,10 @@ def _train(
         )
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg["lr"])
+    # Optional GPU speed-ups: bf16 autocast for the training forward only (the monitor, the
+    # evaluation and the attacks use the float32 model), and a compiled forward.
+    precision = train_cfg.get("precision", "float32")
+    forward = torch.compile(model) if train_cfg.get("compile", False) else model
     # Shuffling has its own generator, so the lba layer draws never depend on it.
     shuffle = torch.Generator().manual_seed(seed + 1)
     names = model.layer_names()
@@ -239,11 +257,13 @@ def _train(
         steps = 0
         for start in range(0, n_train, batch_size):
             index = order[start : start + batch_size]
-            x, y = data.x_train[index], data.y_train[index]
+            # index_select: the same gather as x[index], about twice as fast on the CPU
+            x, y = data.x_train.index_select(0, index), data.y_train.index_select(0, index)
 
             # forward, then the regularizer's penalty (lba: one drawn layer, sigma-weighted)
-            logits = model(x)
-            ce = F.cross_entropy(logits, y)
+            with autocast(device, precision):
+                logits = forward(x)
+            ce = F.cross_entropy(logits.float(), y)
             penalty = regularizer.penalty()
             loss = ce + penalty
 
@@ -270,6 +290,10 @@ def _train(
         # the Lipschitz monitor: exact sigma per dense layer, operator norm per conv layer
         sigmas = layer_sigmas(model)
         log10_lb, log10_prod = log10_bounds(sigmas, hidden)
+        # with power-iteration sigma: how far its warm estimates drifted from the exact ones
+        gap = regularizer.check_sigmas(sigmas) if regularizer.spec.sigma != "exact" else None
+        if gap is not None:
+            log.info("run %d epoch %d: power sigma within %.1e of exact", run_id, epoch, gap)
 
         row = {
             "epoch": epoch,
@@ -290,9 +314,10 @@ def _train(
             row["gap"] = train_acc - row["test_acc"]
         row["seconds"] = time.perf_counter() - tick
         store.record_epoch(run_id, row, list(zip(names, sigmas)))
-        metrics = row
+        # the caller (and on_epoch) gets the gap as sigma_error; no store column holds it yet
+        metrics = row if gap is None else {**row, "sigma_error": gap}
         if on_epoch:
-            on_epoch(EpochReport(run_id, epoch, epochs, row))
+            on_epoch(EpochReport(run_id, epoch, epochs, metrics))
 
     for protocol, rows in run_attacks(model, data, config).items():
         store.record_attacks(run_id, rows, protocol=protocol)

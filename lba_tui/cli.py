@@ -334,8 +334,11 @@ def export(
     markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write Markdown here.")] = None,
     latex: Annotated[Optional[Path], typer.Option("--latex", help="Write LaTeX here.")] = None,
     what: Annotated[
-        str, typer.Option(help="table, or raw rows: runs, epochs, attacks (CSV only).")
+        str, typer.Option(help="table, or raw rows: runs, epochs, attacks, trials (CSV only).")
     ] = "table",
+    storage: Annotated[
+        Optional[str], typer.Option(help="--what trials: the Optuna storage URL (see lba tune).")
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Write a study's table (or its raw rows) as CSV, Markdown or LaTeX.
@@ -349,7 +352,7 @@ def export(
 
     if not (csv or markdown or latex):
         raise StudyError("export needs --csv FILE, --markdown FILE or --latex FILE")
-    allowed = ("table", *report.RAW_EXPORTS)
+    allowed = ("table", *report.RAW_EXPORTS, "trials")
     if what not in allowed:
         raise StudyError(f"--what is {what!r}; allowed: {', '.join(allowed)}")
     if what != "table" and (markdown or latex):
@@ -357,6 +360,12 @@ def export(
     for target in (csv, markdown, latex):
         if target is not None and not target.resolve().parent.is_dir():
             raise StudyError(f"cannot write {target}: folder {target.parent} does not exist")
+    if what == "trials":
+        from lba_tui.tune_cmd import export_trials
+
+        return export_trials(study, csv, storage, db)
+    if storage:
+        raise StudyError("--storage is read by --what trials only; drop it")
     store = open_store(db, readonly=True)
     name = _study_name(store, study)
     written = []
@@ -378,6 +387,15 @@ def export(
         console.print(f"wrote {path} ({count} rows)")
 
 
+# `lba tune` lives in lba_tui/tune_cmd.py; it uses this module's helpers, so it comes last.
+from lba_tui import tune_cmd  # noqa: E402
+
+tune_cmd.register(app, sys.modules[__name__])
+from lba_tui import eval_cmd  # noqa: E402  (`lba eval`, lba_tui/eval_cmd.py)
+
+eval_cmd.register(app, sys.modules[__name__])
+
+
 # ---------------------------------------------------------------------------------------------
 # entry point
 
@@ -393,7 +411,7 @@ def main() -> None:
         # standalone: Click itself prints usage errors (exit 2) and help
         app(prog_name="lba")
     except LbaError as exc:
-        err.print(f"Error: {exc}", markup=False, highlight=False)
+        err.print(f"Error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except Stopped:
         err.print("Stopped: the run in progress is marked interrupted (finished epochs are "

@@ -191,7 +191,7 @@ def lipschitz_text(data: RobustnessData) -> str:
     return text
 
 
-def attacks_text(data: RobustnessData, glyphs: Glyphs = UNICODE) -> str:
+def attacks_text(data: RobustnessData) -> str:
     """One line each: standard protocol with restarts, the masking check, the paper protocol."""
     lines = []
     robust = [
@@ -416,7 +416,7 @@ class EvaluationPanel(VerticalScroll):
         self._fill_shifts(data)
         self._fill_certified(data)
         self.query_one("#rb-lipschitz", Static).update(lipschitz_text(data))
-        self.query_one("#rb-attacks", Static).update(attacks_text(data, self.glyphs))
+        self.query_one("#rb-attacks", Static).update(attacks_text(data))
 
     def _fill_shifts(self, data: RobustnessData) -> None:
         table = self.query_one("#rb-shifts", DataTable)

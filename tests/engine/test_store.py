@@ -42,7 +42,8 @@ def test_store_written_by_newer_lba_is_refused(tmp_path):
     )
     conn.commit()
     conn.close()
-    with pytest.raises(StoreError, match="newer than the 1 this lba reads; upgrade lba"):
+    newer = f"newer than the {SCHEMA_VERSION} this lba reads; upgrade lba"
+    with pytest.raises(StoreError, match=newer):
         Store(path)
     with pytest.raises(StoreError, match="upgrade lba"):
         Store(path, readonly=True)

@@ -34,7 +34,9 @@ def trained(tmp_path_factory):
     db = tmp_path_factory.mktemp("run") / "lba.db"
     done = subprocess.run(
         [sys.executable, "-m", "lba_tui.cli", "run", "--db", str(db), "--set", "train.epochs=2"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     return db, done.stdout
@@ -45,7 +47,9 @@ def test_quickstart_run_writes_runs_epochs_sigmas_and_attacks(trained):
     store = Store(db, readonly=True)
     runs = store.runs()
     assert [(r["method"], r["depth"], r["status"], r["epoch"]) for r in runs] == [
-        ("none", 3, "done", 2), ("lba", 3, "done", 2)]
+        ("none", 3, "done", 2),
+        ("lba", 3, "done", 2),
+    ]
     for run in runs:
         assert run["dataset"] == "fashion-mnist" and run["device"] == "cpu"
         assert 0.3 < run["test_acc"] < 1.0
@@ -55,7 +59,12 @@ def test_quickstart_run_writes_runs_epochs_sigmas_and_attacks(trained):
         assert len(store.sigmas(run["id"])) == 2 * 5
         attacks = store.attacks(run["id"])
         assert sorted((a["attack"], a["eps"]) for a in attacks) == [
-            ("clean", 0.0), ("fgsm", 0.01), ("fgsm", 0.02), ("fgsm", 0.03), ("pgd", 0.02)]
+            ("clean", 0.0),
+            ("fgsm", 0.01),
+            ("fgsm", 0.02),
+            ("fgsm", 0.03),
+            ("pgd", 0.02),
+        ]
         assert all(a["n"] == 1000 for a in attacks)
     lba_epochs = store.epochs(runs[1]["id"])
     assert all(e["lba_layer"] is not None and e["penalty"] > 0 for e in lba_epochs)
@@ -82,16 +91,35 @@ def test_ls_show_and_table_read_the_store(trained, capsys):
 
 def test_export_writes_csv_markdown_latex_and_raw_rows(trained, capsys, tmp_path):
     db, _ = trained
-    code, out, _ = lba(capsys, "export", "quickstart", "--db", str(db), "--csv",
-                       str(tmp_path / "t.csv"), "--latex", str(tmp_path / "t.tex"),
-                       "--markdown", str(tmp_path / "t.md"))
+    code, out, _ = lba(
+        capsys,
+        "export",
+        "quickstart",
+        "--db",
+        str(db),
+        "--csv",
+        str(tmp_path / "t.csv"),
+        "--latex",
+        str(tmp_path / "t.tex"),
+        "--markdown",
+        str(tmp_path / "t.md"),
+    )
     assert code == 0 and "t.csv (2 rows)" in out
     table = pd.read_csv(tmp_path / "t.csv")
     assert list(table["method"]) == ["none", "lba"]
     assert table.loc[1, "fgsm@0.01_ref"] == 73.7
     assert r"\bottomrule" in (tmp_path / "t.tex").read_text()
-    code, _, _ = lba(capsys, "export", "quickstart", "--db", str(db), "--what", "epochs",
-                     "--csv", str(tmp_path / "e.csv"))
+    code, _, _ = lba(
+        capsys,
+        "export",
+        "quickstart",
+        "--db",
+        str(db),
+        "--what",
+        "epochs",
+        "--csv",
+        str(tmp_path / "e.csv"),
+    )
     assert code == 0 and len(pd.read_csv(tmp_path / "e.csv")) == 4
 
 
@@ -100,11 +128,19 @@ def test_export_writes_csv_markdown_latex_and_raw_rows(trained, capsys, tmp_path
     [
         (["show", "99"], "Error: no run 99 in "),
         (["table", "nope"], "Error: no study 'nope' in "),
-        (["export", "quickstart"], "Error: export needs --csv FILE, --markdown FILE or --latex FILE"),
-        (["export", "quickstart", "--what", "trials", "--csv", "x.csv"],
-         "Error: --what is 'trials'; allowed: table, runs, epochs, attacks"),
-        (["export", "quickstart", "--csv", "/no/such/dir/x.csv"],
-         "Error: cannot write /no/such/dir/x.csv: folder /no/such/dir does not exist"),
+        (
+            ["export", "quickstart"],
+            "Error: export needs --csv FILE, --markdown FILE or --latex FILE",
+        ),
+        (
+            ["export", "quickstart", "--what", "weights", "--csv", "x.csv"],
+            "Error: --what is 'weights'; allowed: table, runs, epochs, attacks, shifts, certified, "
+            "lipschitz_estimates, pgd_curve, trials",
+        ),
+        (
+            ["export", "quickstart", "--csv", "/no/such/dir/x.csv"],
+            "Error: cannot write /no/such/dir/x.csv: folder /no/such/dir does not exist",
+        ),
     ],
 )
 def test_bad_reads_end_in_one_error_line_and_exit_2(trained, capsys, args, message):
@@ -135,8 +171,9 @@ def test_missing_data_names_every_place_and_exits_2(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(engine.data, "download_dataset", offline)
     for place in ("given", "env", "cache", "system"):
         (tmp_path / place).mkdir()
-    code, _, err = lba(capsys, "run", "--db", str(tmp_path / "a.db"), "--data-dir",
-                       str(tmp_path / "given"))
+    code, _, err = lba(
+        capsys, "run", "--db", str(tmp_path / "a.db"), "--data-dir", str(tmp_path / "given")
+    )
     assert code == 2, err
     for place in ("given", "env", "cache", "system"):
         assert str(tmp_path / place) in err
@@ -160,15 +197,29 @@ def test_help_does_not_import_torch():
 def test_sigint_marks_the_run_interrupted_and_keeps_finished_epochs(tmp_path):
     db = tmp_path / "a.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lba_tui.cli", "run", "--db", str(db), "--set",
-         "train.epochs=500", "--set", "grid.method=['none']"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "lba_tui.cli",
+            "run",
+            "--db",
+            str(db),
+            "--set",
+            "train.epochs=500",
+            "--set",
+            "grid.method=['none']",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 300
     while time.time() < deadline:
         time.sleep(0.5)
         if db.exists():
-            rows = Store(db, readonly=True).query("SELECT epoch FROM runs")
+            # the file exists a moment before its schema is committed
+            reader = Store(db, readonly=True)
+            rows = reader.query("SELECT epoch FROM runs") if reader.schema_version else []
             if rows and rows[0]["epoch"] >= 2:
                 break
     proc.send_signal(signal.SIGINT)
