@@ -18,7 +18,7 @@ from lba_tui.screens.base import LbaScreen
 from lba_tui.widgets.curves import CurvesPanel
 from lba_tui.widgets.draws import DrawsPanel
 from lba_tui.widgets.lipschitz import LipschitzPanel
-from lba_tui.widgets.robustness import RobustnessPanel
+from lba_tui.widgets.robustness import EvaluationPanel, RobustnessPanel
 from lba_tui.widgets.run_info import RunInfoPanel
 
 TABS = ("curves", "lipschitz", "draws", "robustness", "config")
@@ -61,6 +61,7 @@ class RunScreen(LbaScreen):
         Binding("3", "tab('draws')", "Draws", show=False),
         Binding("4", "tab('robustness')", "Robustness", show=False),
         Binding("5", "tab('config')", "Config", show=False),
+        Binding("6", "tab('evaluation')", "Evaluation", show=False),
         Binding("x", "stop", "Stop run"),
         Binding("e", "export", "Export CSV"),
     ]
@@ -89,6 +90,8 @@ class RunScreen(LbaScreen):
                 yield RobustnessPanel(glyphs, id="robustness-panel")
             with TabPane("5 Config", id="config"):
                 yield RunInfoPanel(id="config-panel")
+            with TabPane("6 Eval", id="evaluation"):
+                yield EvaluationPanel(self.lba.reader, self.run_id, glyphs, id="evaluation-panel")
         yield Footer()
 
     def reload(self) -> None:
@@ -123,6 +126,8 @@ class RunScreen(LbaScreen):
         summary.update(Content(summary_text(self.detail.run)))
         for panel in self.panels():
             panel.show_run(self.detail)
+        # shifts and certificates come from `lba eval`, which may have written since
+        self.query_one(EvaluationPanel).reload()
 
     def panels(self) -> list:
         """The five panels, in tab order."""
@@ -146,6 +151,8 @@ class RunScreen(LbaScreen):
         active = self.query_one(TabbedContent).active
         panel = self.panels()[TABS.index(active)] if active in TABS else None
         if panel is None:
+            self.notify("export evaluations with `lba export STUDY --what shifts --csv FILE` "
+                        "(or certified)", severity="warning")
             return
         what, headers, rows = panel.export_table()
         if not rows:
