@@ -861,7 +861,7 @@ class Tuner:
     def last_failure(self) -> str:
         """The recorded reason of the latest failed trial."""
         failed = [
-            (trial.datetime_complete or datetime.min, fail_reason(study, trial))
+            (trial.datetime_complete or datetime.min, fail_reason(study.user_attrs, trial))
             for study in self.studies.values()
             for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         ]

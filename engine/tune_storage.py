@@ -318,27 +318,39 @@ def report(
     return out
 
 
+_METRICS = ("epoch", "train_acc", "val_acc", "val_pgd_acc", "test_acc", "gap", "log10_lb")
+
+
+def _metric_order(key: str) -> tuple:
+    # The accuracies first, then the attacks by name (fgsm@0.01, ..., pgd@0.02), seconds last.
+    if key in _METRICS:
+        return (0, _METRICS.index(key), "")
+    return (2 if key == "seconds" else 1, 0, key)
+
+
 def trial_rows(
     url: str, name: str, methods: list[str], objectives: list[str]
 ) -> tuple[list[str], list[list[Any]]]:
     """Every trial of a tuning with its state, objective values, parameters and metrics."""
     rows = []
     params: dict[str, None] = {}
-    attrs: dict[str, None] = {}
+    attrs: set[str] = set()
     hidden = {"fail_reason", "host", "pid", "db", "run_id"}
     for method, study in load_studies(url, name, methods).items():
+        study_attrs = study.user_attrs
         for trial in study.get_trials(deepcopy=False):
             params.update(dict.fromkeys(trial.params))
-            attrs.update(dict.fromkeys(k for k in trial.user_attrs if k not in hidden))
-            rows.append((method, study, trial))
+            attrs.update(k for k in trial.user_attrs if k not in hidden)
+            rows.append((method, study, study_attrs, trial))
+    metrics = sorted(attrs, key=_metric_order)
     headers = [
         "tuning", "method", "optuna_study", "trial", "state",
         *(f"value:{o}" for o in objectives),
         *(f"param:{p}" for p in params),
-        *attrs, "run_id", "host", "fail_reason", "started", "finished", "duration_s",
+        *metrics, "run_id", "host", "fail_reason", "started", "finished", "duration_s",
     ]  # fmt: skip
     out = []
-    for method, study, trial in rows:
+    for method, study, study_attrs, trial in rows:
         values = list(trial.values) if trial.values else [None] * len(objectives)
         start, end = trial.datetime_start, trial.datetime_complete
         out.append(
@@ -346,9 +358,9 @@ def trial_rows(
                 name, method, study.study_name, trial.number, trial.state.name.lower(),
                 *values,
                 *(trial.params.get(p) for p in params),
-                *(trial.user_attrs.get(a) for a in attrs),
+                *(trial.user_attrs.get(a) for a in metrics),
                 trial.user_attrs.get("run_id"), trial.user_attrs.get("host"),
-                fail_reason(study, trial) or None,
+                fail_reason(study_attrs, trial) or None,
                 start.isoformat(timespec="seconds") if start else None,
                 end.isoformat(timespec="seconds") if end else None,
                 round((end - start).total_seconds(), 3) if start and end else None,
@@ -357,10 +369,11 @@ def trial_rows(
     return headers, out
 
 
-def fail_reason(study: optuna.Study | Any, trial: FrozenTrial) -> str:
-    """Why a trial failed, as recorded by its worker or by whoever found it dead."""
+def fail_reason(study_attrs: dict[str, Any], trial: FrozenTrial) -> str:
+    """Why a trial failed, as recorded by its worker (a trial attribute) or by whoever found
+    it dead (an attribute of its study, ``study_attrs``, once the trial was closed)."""
     return (
         trial.user_attrs.get("fail_reason")
-        or study.user_attrs.get(f"fail_reason:{trial.number}")
+        or study_attrs.get(f"fail_reason:{trial.number}")
         or ("" if trial.state != TrialState.FAIL else "no reason recorded")
     )

@@ -40,12 +40,14 @@ def tune(
     study: Annotated[
         str,
         typer.Argument(
-            help="A study file with a [tune] section, or a tuning's name in the storage."
+            help="A study file with a \\[tune] section, or a tuning's name in the storage."
         ),
     ],
     trials: Annotated[
         int | None,
-        typer.Option("--trials", "-n", help="More finished trials per method (default: [tune])."),
+        typer.Option(
+            "--trials", "-n", help="More finished trials per method (default: \\[tune])."
+        ),
     ] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes here.")] = 1,
     storage: Annotated[
@@ -84,18 +86,18 @@ def tune(
 ) -> None:
     """Search each method's settings with Optuna, the same number of trials for every method.
 
-    Each method of the study's [tune] section has its own Optuna study, <name>:<method>, and
+    Each method of the study's \\[tune] section has its own Optuna study, <name>:<method>, and
     --trials N adds N finished (complete or pruned) trials to each one: every method gets the
     same budget, and TPE models only that method's settings. Running the same command again
     resumes. Each trial is a run in the store (its curves, attacks, trial number); its summary
-    is also kept in the Optuna study. The objective is validation accuracy unless [tune] says
+    is also kept in the Optuna study. The objective is validation accuracy unless \\[tune] says
     otherwise; the test set is only for --final.
 
     --jobs N runs N worker processes (worker i on GPU i where there are several). --storage
     points at another Optuna storage: with postgresql://USER@HOST/DB, workers on many machines
     fill one study (pass the study file, or just the tuning's name, on each). --show prints the
     best trials, the Pareto fronts and the parameter importances; --final retrains each
-    method's best setting on the [tune.final] seeds and depths and prints the paper-style table
+    method's best setting on the \\[tune.final] seeds and depths and prints the paper-style table
     of the test set (study <name>-tuned).
 
     Example: lba tune studies/paper-fmnist.toml --trials 50 --jobs 2
@@ -296,18 +298,10 @@ def _show(spec: Study, url: str, methods: list[str], *, importances: bool = True
         counts, best = r["counts"], r["best"]
         finished = counts["complete"] + counts["pruned"]
         if best is None:
-            table.add_row(
-                r["method"],
-                str(finished),
-                str(counts["pruned"]),
-                str(counts["fail"]),
-                "-",
-                *("-" for _ in objectives),
-                "-",
-                "-",
-                "-",
-                "-",
-            )
+            # no complete trial yet: the counts, and a dash for the rest
+            dashes = ["-"] * (len(objectives) + 5)
+            table.add_row(r["method"], str(finished), str(counts["pruned"]), str(counts["fail"]),
+                          *dashes)  # fmt: skip
             continue
         attrs = best["attrs"]
         table.add_row(
