@@ -10,7 +10,7 @@ APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 DATA_PKGS := dataset-fashion-mnist
 TEST_PKGS := tmux postgresql
 
-.PHONY: setup run test test-quick bench data test-system clean
+.PHONY: setup run test test-quick bench bench-full data test-system clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,9 +36,15 @@ run: setup
 test: setup test-system
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# `make bench`: every benchmark's quick version (a smoke run, minutes); `make bench-full`: the
+# full sizes quoted in docs/performance.md (tens of minutes). bench/gpu.sh needs a GPU.
 bench: setup
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/run_all.py
+
+bench-full: setup
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python bench/run_all.py --full
 
 clean:
 	rm -rf $(VENV) *.egg-info

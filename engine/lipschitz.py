@@ -45,6 +45,27 @@ def spectral_norm_exact(weight: Tensor) -> Tensor:
     return top.sqrt().to(weight.dtype)
 
 
+def top_singular_vector(weight: Tensor) -> Tensor:
+    """Unit left singular vector of a 2-D kernel's largest singular value (float64 solve).
+
+    A start for :func:`power_iteration` that is already converged: the top eigenvector of
+    the smaller Gram matrix, mapped to the output space when that matrix is ``W^T W``.
+
+    Args:
+        weight: Kernel ``(out, in)``.
+
+    Returns:
+        A unit vector of length ``out`` in the kernel's dtype and device.
+    """
+    matrix = weight.detach().reshape(weight.shape[0], -1).double()
+    if matrix.shape[0] <= matrix.shape[1]:
+        u = torch.linalg.eigh(matrix @ matrix.T).eigenvectors[:, -1]
+    else:
+        v = torch.linalg.eigh(matrix.T @ matrix).eigenvectors[:, -1]
+        u = F.normalize(matrix @ v, dim=0)
+    return u.to(weight.dtype)
+
+
 def power_iteration(
     weight: Tensor, u: Tensor | None = None, iters: int = 10
 ) -> tuple[Tensor, Tensor]:
