@@ -63,6 +63,7 @@ class RunScreen(LbaScreen):
         Binding("5", "tab('config')", "Config", show=False),
         Binding("6", "tab('evaluation')", "Evaluation", show=False),
         Binding("x", "stop", "Stop run"),
+        Binding("v", "evaluate", "Evaluate"),
         Binding("e", "export", "Export CSV"),
     ]
     HELP = "1-5 or left/right switch tabs: curves, Lipschitz, draws, robustness, config."
@@ -159,6 +160,11 @@ class RunScreen(LbaScreen):
             self.notify(f"nothing to export in {active} yet", severity="warning")
             return
         self.lba.export_csv(f"run{self.run_id}-{what}", headers, rows)
+
+    def action_evaluate(self) -> None:
+        """Start `lba eval` on this run (shifts, certificates, standard attacks), detached."""
+        self.action_tab("evaluation")
+        self.query_one(EvaluationPanel).action_evaluate()
 
     def action_stop(self) -> None:
         """Stop this run (asks first)."""

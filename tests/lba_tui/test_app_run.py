@@ -146,3 +146,15 @@ async def test_x_on_a_finished_run_explains(demo_db: Path) -> None:
         await pilot.press("x")
         await settle(pilot)
     assert any("only a running run can be stopped" in m for m in app.messages)
+
+
+async def test_v_starts_lba_eval_on_the_run_and_shows_the_evaluation_tab(demo_db: Path) -> None:
+    app = RecordingApp(demo_db)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_run(pilot, 8)
+        await pilot.press("v")
+        await settle(pilot)
+        assert "no evaluation yet" in screen_text(app)
+    (launch,) = app.launcher.launched
+    assert launch.argv[1:] == ["-m", "lba_tui.cli", "eval", "8", "--db", str(demo_db)]
+    assert any("evaluating run 8" in m for m in app.messages)
