@@ -238,8 +238,8 @@ class Study:
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {int: "integer", float: "number", str: "string", bool: "true/false", list: "list",
-             dict: "table"}
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             list: "a list", dict: "a table"}
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
@@ -250,7 +250,7 @@ def _check_type(where: str, key: str, value: Any, kind: type | tuple[type, ...])
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
         ok = True
     if not ok:
-        raise StudyError(f"{where}: key '{key}' must be a {_type_name(kind)}, got {value!r}")
+        raise StudyError(f"{where}: key '{key}' must be {_type_name(kind)}, got {value!r}")
 
 
 def _merge_section(where: str, prefix: str, defaults: dict, given: dict) -> dict:

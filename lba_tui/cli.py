@@ -236,6 +236,10 @@ def list_runs(
 
     Example: lba ls paper-fmnist --status done
     """
+    from engine.store import STATUSES
+
+    if status is not None and status not in STATUSES:
+        raise StudyError(f"--status is {status!r}; allowed: {', '.join(STATUSES)}")
     store = open_store(db, readonly=True)
     if study is not None:
         study = _study_name(store, study)
@@ -360,6 +364,8 @@ def export(
     for target in (csv, markdown, latex):
         if target is not None and not target.resolve().parent.is_dir():
             raise StudyError(f"cannot write {target}: folder {target.parent} does not exist")
+        if target is not None and target.is_dir():
+            raise StudyError(f"cannot write {target}: it is a folder; name a file in it")
     if what == "trials":
         from lba_tui.tune_cmd import export_trials
 
@@ -414,8 +420,9 @@ def main() -> None:
         err.print(f"Error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except Stopped:
-        err.print("Stopped: the run in progress is marked interrupted (finished epochs are "
-                  "kept); run the same command again to resume.")
+        err.print("Stopped: the run in progress is marked interrupted (its finished epochs are "
+                  "kept); the same command again trains the cells not yet finished, the "
+                  "stopped one from its first epoch.", soft_wrap=True)
         sys.exit(130)
 
 

@@ -40,7 +40,7 @@ def write(tmp_path, text):
     ("text", "message"),
     [
         ("[train]\nlrr = 0.1\n", "bad.toml: unknown key 'train.lrr'; allowed in [train]: "),
-        ("[train]\nepochs = 'ten'\n", "bad.toml: key 'train.epochs' must be a integer, got 'ten'"),
+        ("[train]\nepochs = 'ten'\n", "bad.toml: key 'train.epochs' must be an integer, got 'ten'"),
         ("[train]\nepochs = 0\n", "bad.toml: key 'train.epochs' must be greater than 0, got 0"),
         (
             "[grid]\nmethod = ['lba', 'magic']\n",

@@ -226,6 +226,7 @@ def test_sigint_marks_the_run_interrupted_and_keeps_finished_epochs(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "marked interrupted" in err and "Traceback" not in err
+    assert "the stopped one from its first epoch" in err
     store = Store(db, readonly=True)
     run = store.runs()[0]
     assert run["status"] == "interrupted"
