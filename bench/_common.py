@@ -116,7 +116,8 @@ def describe(info: dict) -> str:
     gpu = f", {info['gpu']}" if info["gpu"] else ""
     return (
         f"{info['date']}  {info['nproc']} x {info['cpu']}{gpu}  torch {info['torch']} "
-        f"({info['threads']} threads, OMP {info['omp_wait_policy']})  load {info['load_1min']:.1f}  commit {info['commit']}"
+        f"({info['threads']} threads, OMP {info['omp_wait_policy']})  "
+        f"load {info['load_1min']:.1f}  commit {info['commit']}"
     )
 
 

@@ -1,8 +1,9 @@
 """Running the cells of a study: batched groups and single runs, here or in worker processes.
 
 MLP runs that share their data order train together as one batched group (``engine.batched``);
-CNNs and the methods the batched step lacks train one at a time (``engine.train``). Each worker opens its own connection to the store and loads the data once; progress travels
-only through the store, so any reader (the command line's progress display, the terminal app)
+CNNs and the methods the batched step lacks train one at a time (``engine.train``). Each
+worker opens its own connection to the store and loads the data once; progress travels only
+through the store, so any reader (the command line's progress display, the terminal app)
 sees the same thing whether the runs train here or in another process.
 """
 

@@ -173,9 +173,10 @@ def train_run(
     """Train one stored run to the end, writing every epoch and the attacks to the store.
 
     The run is marked ``running`` first. ``on_epoch`` may raise :class:`RunPruned` to stop
-    a tuning trial early (the run is marked ``pruned``). A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into
-    one by the command line) marks it ``interrupted`` with every finished epoch kept; a NaN or
-    infinite loss marks it ``failed`` with the reason; both are then re-raised.
+    a tuning trial early (the run is marked ``pruned``). A KeyboardInterrupt (Ctrl-C, or
+    SIGTERM turned into one by the command line) marks it ``interrupted`` with every finished
+    epoch kept; a NaN or infinite loss marks it ``failed`` with the reason; both are then
+    re-raised.
 
     Returns:
         The last epoch's metrics.

@@ -95,7 +95,9 @@ def _pct(value: float | None) -> str:
 
 @app.command()
 def run(
-    study: Annotated[Optional[str], typer.Argument(help="A study file (default: quickstart).")] = None,
+    study: Annotated[
+        Optional[str], typer.Argument(help="A study file (default: quickstart).")
+    ] = None,
     set_: Annotated[
         Optional[list[str]],
         typer.Option("--set", help="Override a study key, e.g. --set train.epochs=5."),
@@ -320,7 +322,9 @@ def _print_table(store: Store, study: str) -> None:
 
 @app.command("table")
 def table_(
-    study: Annotated[Optional[str], typer.Argument(help="Study name or file (default: latest).")] = None,
+    study: Annotated[
+        Optional[str], typer.Argument(help="Study name or file (default: latest).")
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Print the paper-style table of a study: methods x depth, mean ± std over seeds.
@@ -335,7 +339,9 @@ def table_(
 def export(
     study: Annotated[str, typer.Argument(help="Study name or file.")],
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Write CSV here.")] = None,
-    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write Markdown here.")] = None,
+    markdown: Annotated[
+        Optional[Path], typer.Option("--markdown", help="Write Markdown here.")
+    ] = None,
     latex: Annotated[Optional[Path], typer.Option("--latex", help="Write LaTeX here.")] = None,
     what: Annotated[
         str, typer.Option(help="table, or raw rows: runs, epochs, attacks, trials (CSV only).")
